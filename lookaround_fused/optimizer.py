@@ -285,6 +285,11 @@ class Lookaround(Optimizer):
                 flat.bind_weights(self._active)
 
     @property
+    def flat_groups(self) -> tuple[FlatGroup, ...]:
+        """The flat buffers, one per (device, dtype), for tooling such as collectives and benchmarks."""
+        return tuple(self._flats)
+
+    @property
     def active_branch(self) -> int:
         """The branch whose weights the model's parameters currently are."""
         return self._active

@@ -1,0 +1,237 @@
+"""Datasets and loaders: every branch gets its own augmented view of the same minibatch.
+
+Augmentation randomness is a pure function of (seed, stream, epoch, branch, image index),
+so the data a step sees does not depend on the number of workers, and a run resumed in
+the middle of an epoch sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from lookaround_fused.train.augment import Transform, eval_transform, train_transform
+from lookaround_fused.train.config import TrainConfig
+from lookaround_fused.train.errors import UsageError
+
+#: ``stream`` values of a batch key: training batches, and the batches that recompute BatchNorm.
+TRAIN_STREAM, BN_STREAM = 0, 1
+
+# Digits held out for evaluation; the split is fixed, whatever --seed says.
+_DIGITS_HELD_OUT = 0.2
+_DIGITS_SPLIT_SEED = 0
+
+
+class ImageTensors(Dataset):
+    """Images held in memory as uint8 ``[N, 3, H, W]`` with int64 labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """Un-augmented training and held-out images of one dataset."""
+
+    train: Dataset
+    val: Dataset
+    num_classes: int
+
+
+def load_image_data(cfg: TrainConfig) -> ImageData:
+    """The dataset ``cfg`` names, read from disk or from scikit-learn; never downloads."""
+    if cfg.dataset == "digits":
+        data = _load_digits(cfg.image_size)
+    else:
+        if cfg.data_dir is None:
+            raise UsageError(f"--dataset {cfg.dataset} needs --data DIR")
+        if not cfg.data_dir.is_dir():
+            raise UsageError(f"data folder {cfg.data_dir} does not exist")
+        if cfg.dataset == "imagefolder":
+            data = _load_image_folders(cfg.data_dir)
+        else:
+            data = _load_cifar(cfg.dataset, cfg.data_dir, cfg.image_size)
+    if len(data.train) < cfg.batch_size:
+        raise UsageError(f"{len(data.train)} training images are fewer than one batch (--batch-size {cfg.batch_size})")
+    return data
+
+
+def _load_digits(image_size: int) -> ImageData:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = torch.from_numpy(digits.images).float() * (255.0 / 16.0)  # 8x8, values 0..16
+    images = _resize(pixels.unsqueeze(1).expand(-1, 3, -1, -1), image_size)
+    labels = torch.from_numpy(digits.target).long()
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(_DIGITS_SPLIT_SEED))
+    held_out = int(len(labels) * _DIGITS_HELD_OUT)
+    val, train = order[:held_out], order[held_out:]
+    return ImageData(ImageTensors(images[train], labels[train]), ImageTensors(images[val], labels[val]), 10)
+
+
+def _load_cifar(name: str, root: Path, image_size: int) -> ImageData:
+    from torchvision import datasets
+
+    cls, classes = (datasets.CIFAR10, 10) if name == "cifar10" else (datasets.CIFAR100, 100)
+    try:
+        splits = [cls(str(root), train=train, download=False) for train in (True, False)]
+    except RuntimeError:
+        raise UsageError(f"no {name} data under {root} (expected the folder {cls.base_folder}/ in it)") from None
+    train, val = (
+        ImageTensors(_resize(torch.from_numpy(split.data).permute(0, 3, 1, 2).float(), image_size),
+                     torch.tensor(split.targets))
+        for split in splits
+    )
+    return ImageData(train, val, classes)
+
+
+def _load_image_folders(root: Path) -> ImageData:
+    from torchvision import datasets
+
+    splits = []
+    for name in ("train", "val"):
+        if not (root / name).is_dir():
+            raise UsageError(f"data folder {root} has no {name}/ folder of class folders")
+        try:
+            splits.append(datasets.ImageFolder(str(root / name)))
+        except FileNotFoundError:
+            raise UsageError(f"no images in class folders under {root / name}") from None
+    train, val = splits
+    if train.classes != val.classes:
+        raise UsageError(f"class folders of {root}/train and {root}/val differ")
+    return ImageData(train, val, len(train.classes))
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Float ``[N, C, H, W]`` in 0..255 to uint8 at ``size`` x ``size`` (bilinear)."""
+    if images.shape[-1] != size or images.shape[-2] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    return images.round().clamp(0, 255).to(torch.uint8)
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed determined by the values (which are small non-negative integers)."""
+    seed = 0
+    for value in values:
+        seed = (seed * 1_000_003 + value) % (1 << 63)
+    return seed
+
+
+class MultiViewDataset(Dataset):
+    """Item ``(stream, epoch, indices)``: image ``indices[b]`` under branch ``b``'s transform.
+
+    Returns ``(views, labels)``: a list of one uint8 tensor per branch and an int64 tensor
+    of the branches' labels. With shared minibatches all ``indices`` are equal and the
+    image is read once.
+    """
+
+    def __init__(self, base: Dataset, transforms: Sequence[Transform], seed: int) -> None:
+        self.base, self.transforms, self.seed = base, list(transforms), seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int, tuple[int, ...]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        stream, epoch, indices = key
+        views, labels, loaded_index = [], [], None
+        for branch, (transform, index) in enumerate(zip(self.transforms, indices)):
+            if index != loaded_index:
+                image, label = self.base[index]
+                loaded_index = index
+            # The torchvision transforms draw from the global generator: seed it per view,
+            # without disturbing the caller's random stream (dropout, model init).
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_mix(self.seed, stream, epoch, branch, index))
+                views.append(transform(image))
+            labels.append(label)
+        return views, torch.tensor(labels)
+
+
+class MinibatchSampler:
+    """Batch sampler of :class:`MultiViewDataset` keys for one epoch at a time.
+
+    Each epoch's order is drawn from its own seed. With ``independent`` every branch
+    shuffles separately (the reference code's behaviour); otherwise all branches see the
+    same images (Algorithm 1). :meth:`select` says which epoch to yield next, from which
+    batch, and how many batches.
+    """
+
+    def __init__(self, dataset_size: int, batch_size: int, num_views: int, independent: bool, seed: int) -> None:
+        self.dataset_size, self.batch_size = dataset_size, batch_size
+        self.num_views, self.independent, self.seed = num_views, independent, seed
+        self.batches_per_epoch = dataset_size // batch_size  # the last, partial batch is dropped
+        self.select(TRAIN_STREAM, epoch=0)
+
+    def select(self, stream: int, epoch: int, start: int = 0, limit: int | None = None) -> None:
+        self.stream, self.epoch, self.start = stream, epoch, start
+        self.stop = self.batches_per_epoch if limit is None else min(self.batches_per_epoch, start + limit)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, tuple[int, ...]]]]:
+        orders = [self._order(branch) for branch in range(self.num_views if self.independent else 1)]
+        if not self.independent:
+            orders *= self.num_views
+        for batch in range(self.start, self.stop):
+            rows = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
+            columns = zip(*(order[rows].tolist() for order in orders))
+            yield [(self.stream, self.epoch, indices) for indices in columns]
+
+    def _order(self, branch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(_mix(self.seed, self.stream, self.epoch, branch))
+        return torch.randperm(self.dataset_size, generator=generator)
+
+
+class Loaders:
+    """Training batches (one view per branch), BatchNorm-recompute batches and held-out batches."""
+
+    def __init__(self, data: ImageData, cfg: TrainConfig, pipelines: Sequence[str], device: torch.device) -> None:
+        transforms = [train_transform(cfg.recipe, cfg.image_size, pipeline) for pipeline in pipelines]
+        self.sampler = MinibatchSampler(len(data.train), cfg.batch_size, len(pipelines), cfg.independent_batches, cfg.seed)
+        common = dict(
+            num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0
+        )
+        self._train = DataLoader(MultiViewDataset(data.train, transforms, cfg.seed), batch_sampler=self.sampler, **common)
+        held_out = _Transformed(data.val, eval_transform(cfg.recipe, cfg.image_size))
+        self._val = DataLoader(held_out, batch_size=cfg.batch_size, shuffle=False, **common)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.batches_per_epoch
+
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+        """Batches ``start, start + 1, ...`` of ``epoch``: ``(views, labels[batch, branch])``."""
+        self.sampler.select(TRAIN_STREAM, epoch, start)
+        return iter(self._train)
+
+    def bn_batches(self, epoch: int, count: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+        """``count`` training batches from a stream of their own (training order is untouched)."""
+        self.sampler.select(BN_STREAM, epoch, limit=count)
+        return iter(self._train)
+
+    def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self._val)
+
+
+class _Transformed(Dataset):
+    def __init__(self, base: Dataset, transform: Transform) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.base[index]
+        return self.transform(image), label

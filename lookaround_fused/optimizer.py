@@ -330,16 +330,10 @@ class Lookaround(Optimizer):
                 if bool(found_inf):
                     return loss
                 found_inf = None
-        if not any(any(flat.has_grad[b]) for flat in self._flats for b in branches):
-            return loss
-
-        updates_after = self._updates + len(branches)
-        average = updates_after % (self.num_branches * self.average_every) == 0
-        if found_inf is not None:
-            average = average & (found_inf == 0)
-        for flat, backend in zip(self._flats, self._backends):
-            self._step_flat(flat, backend, branches, average, grad_scale, found_inf)
-        self._updates = updates_after if found_inf is None else self._updates + len(branches) * (found_inf == 0).long()
+        if any(any(flat.has_grad[b]) for flat in self._flats for b in branches):
+            self._update(branches, grad_scale, found_inf)
+        elif not fused:
+            return loss  # nothing to update: the drop-in rotation does not advance either
 
         self._fused_step_pending = False
         if fused:
@@ -349,6 +343,16 @@ class Lookaround(Optimizer):
             for flat in self._flats:
                 flat.bind_weights(self._active)
         return loss
+
+    def _update(self, branches: range, grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None) -> None:
+        """Run the backends over every flat group and advance the update counter."""
+        updates_after = self._updates + len(branches)
+        average = updates_after % (self.num_branches * self.average_every) == 0
+        if found_inf is not None:
+            average = average & (found_inf == 0)
+        for flat, backend in zip(self._flats, self._backends):
+            self._step_flat(flat, backend, branches, average, grad_scale, found_inf)
+        self._updates = updates_after if found_inf is None else self._updates + len(branches) * (found_inf == 0).long()
 
     def _step_flat(self, flat: FlatGroup, backend: Backend, branches: range, average: bool | torch.Tensor,
                    grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None) -> None:

@@ -34,6 +34,8 @@ class FlatGroup:
         weights: ``[branches, N]`` branch weights; row ``b`` of parameter ``i`` is
             ``weights[b, offsets[i]:offsets[i] + numels[i]]``.
         grads: ``[branches, N]`` branch gradients, valid where ``has_grad`` says so.
+            Its rows share memory (stride 0) until :meth:`separate_branch_gradients`;
+            kernels must index rows with ``grads.stride(0)``.
         momentum: ``[branches, N]`` momentum buffers, or ``None`` until a group
             with nonzero momentum needs them.
         momentum_ready: ``[branches, P]`` bool on the device: branch ``b`` of
@@ -55,7 +57,10 @@ class FlatGroup:
         self._shapes = [(p.size(), p.stride()) for p in params]
 
         self.weights = torch.empty((num_branches, numel), device=self.device, dtype=self.dtype)
-        self.grads = torch.zeros_like(self.weights)
+        # The drop-in style holds one branch's gradient at a time, so all rows start as
+        # one shared row (stride 0): optimizer memory stays at the reference code's 2d+1.
+        self._grad_storage = torch.empty(numel, device=self.device, dtype=self.dtype)
+        self.grads = self._grad_storage.expand(num_branches, numel)
         self.momentum: torch.Tensor | None = None
         self.momentum_ready = torch.zeros((num_branches, len(params)), device=self.device, dtype=torch.bool)
         self.has_grad = [bytearray(len(params)) for _ in range(num_branches)]
@@ -162,7 +167,16 @@ class FlatGroup:
             for flags in self.has_grad:
                 flags[:] = bytes(len(flags))
         else:
-            self.grads.zero_()
+            self._grad_storage.zero_()
+
+    def separate_branch_gradients(self) -> None:
+        """Give every branch its own gradient row: the fused style holds all of them at once."""
+        if self.grads.stride(0) == 0 and self.num_branches > 1:
+            self._grad_storage = torch.empty_like(self.weights)
+            self.grads = self._grad_storage
+            self._grad_views = [self._views(self.grads[b]) for b in range(self.num_branches)]
+            # The new rows hold nothing yet; the model's current gradients are collected again.
+            self.clear_grads(set_to_none=True)
 
     # ------------------------------------------------------ backend resources
     def ensure_momentum(self) -> torch.Tensor:

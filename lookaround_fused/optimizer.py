@@ -255,6 +255,8 @@ class Lookaround(Optimizer):
                 f"branches() needs every branch at the same step, but drop-in style step() calls left branch "
                 f"{self._active} active; call step() {self.num_branches - self._active} more time(s) first"
             )
+        for flat in self._flats:
+            flat.separate_branch_gradients()
         for branch in range(self.num_branches):
             self._activate(branch)
             yield branch
@@ -383,7 +385,8 @@ class Lookaround(Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the gradients of every branch (and of the model)."""
         for flat in self._flats:
-            flat.collect_grads(self._active)
+            if not set_to_none:
+                flat.collect_grads(self._active)  # zeroing keeps which gradients exist
             flat.clear_grads(set_to_none)
             flat.bind_grads(self._active)
 
@@ -437,6 +440,12 @@ class Lookaround(Optimizer):
             flat.bind_grads(self._active)
 
     def _validate_state_dict(self, state_dict: Any) -> tuple[dict, list, dict]:
+        try:
+            return self._check_state_dict(state_dict)
+        except (TypeError, KeyError, AttributeError, IndexError) as error:
+            raise ValueError(f"Cannot load Lookaround state dict: malformed entry ({error!r})") from None
+
+    def _check_state_dict(self, state_dict: Any) -> tuple[dict, list, dict]:
         def fail(problem: str) -> ValueError:
             return ValueError(f"Cannot load Lookaround state dict: {problem}")
 
@@ -468,7 +477,7 @@ class Lookaround(Optimizer):
             except (ValueError, TypeError, KeyError) as error:
                 raise fail(f"parameter group {g}: {error}") from None
             index += len(group["params"])
-        if not isinstance(states, dict) or sorted(states) != list(range(index)):
+        if not isinstance(states, dict) or set(states) != set(range(index)):
             raise fail(f"expected state for parameters 0..{index - 1}")
         for i in range(index):
             flat, local = self._flat_and_local(i)

@@ -37,8 +37,12 @@ def _assert_matches(actual: torch.Tensor, expected: torch.Tensor) -> None:
         torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
 
 
-def _twin_flats(shapes, groups, num_branches, dtype, seed=0, grad_fraction=1.0, ready_fraction=1.0):
-    """Two identical flat groups with random weights, gradients, momentum and flags."""
+def _twin_flats(shapes, groups, num_branches, dtype, seed=0, grad_fraction=1.0, ready_fraction=1.0,
+                separate_grads=True):
+    """Two identical flat groups with random weights, gradients, momentum and flags.
+
+    Without ``separate_grads`` every branch shares one gradient row (stride 0), as in the drop-in style.
+    """
     generator = torch.Generator().manual_seed(seed)
     params = [torch.randn(shape, generator=generator).to(DEVICE, dtype) for shape in shapes]
     flats = [FlatGroup([p.clone() for p in params], groups, num_branches) for _ in range(2)]
@@ -48,8 +52,12 @@ def _twin_flats(shapes, groups, num_branches, dtype, seed=0, grad_fraction=1.0, 
     has_grad = torch.rand(num_branches, len(shapes), generator=generator) < grad_fraction
     ready = torch.rand(num_branches, len(shapes), generator=generator) < ready_fraction
     for flat in flats:
+        if separate_grads:
+            flat.separate_branch_gradients()
+            flat.grads.copy_(grads)
+        else:
+            flat.grads[0].copy_(grads[0])
         flat.weights.copy_(weights)
-        flat.grads.copy_(grads)
         flat.ensure_momentum().copy_(momentum)
         for b in range(num_branches):
             flat.has_grad[b][:] = bytes(has_grad[b].tolist())
@@ -105,7 +113,8 @@ def test_several_groups_missing_gradients_and_fresh_momentum(backend_name):
 @pytest.mark.parametrize("branch", [0, 2])
 @pytest.mark.parametrize("average", [False, True])
 def test_single_branch_of_a_drop_in_step(backend_name, branch, average):
-    flats = _twin_flats([(33,), (1000,)], [0, 0], 3, torch.float32, ready_fraction=0.5)
+    flats = _twin_flats([(33,), (1000,)], [0, 0], 3, torch.float32, ready_fraction=0.5, separate_grads=False)
+    assert flats[1].grads.stride(0) == 0
     _run(_backend(backend_name), flats, StepPlan(range(branch, branch + 1), average, [_group(momentum=0.9)]))
 
 

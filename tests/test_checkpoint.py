@@ -125,13 +125,15 @@ def _corrupt(state: dict, how: str) -> dict:
         state["lookaround"]["active_branch"] = 1
     elif how == "foreign":
         state = torch.optim.SGD(make_params(), lr=0.1).state_dict()
+    elif how == "string keys":
+        state["state"] = {str(k): v for k, v in state["state"].items()}
     elif how == "bad lr":
         state["param_groups"][0]["lr"] = -1.0
     return state
 
 
 @pytest.mark.parametrize("how", ["truncated", "wrong shape", "not a tensor", "bad counter", "inconsistent branch",
-                                 "foreign", "bad lr"])
+                                 "foreign", "string keys", "bad lr"])
 def test_damaged_state_dict_raises_and_changes_nothing(how):
     params = make_params()
     opt = lookaround(params, **HYPER)

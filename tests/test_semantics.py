@@ -236,3 +236,24 @@ def test_zero_grad_without_set_to_none_keeps_zero_gradients():
     before = [p.detach().clone() for p in params]
     opt.step()  # zero gradients still count: weight decay applies
     assert all(torch.allclose(p, b * (1 - 0.1 * 0.5)) for p, b in zip(params, before))
+
+
+def test_drop_in_style_holds_one_gradient_row_until_the_fused_style_starts():
+    params = make_params()
+    opt = lookaround(params, num_branches=3, average_every=2, lr=0.1, momentum=0.9)
+    assert opt.flat_groups[0].grads.stride(0) == 0
+    for _ in range(3):  # one drop-in rotation (around step 0), then switch styles
+        for i, p in enumerate(params):
+            p.grad = synthetic_grad(p, 0, opt.active_branch, i)
+        opt.step()
+    twin_params = make_params()
+    twin = lookaround(twin_params, num_branches=3, average_every=2, lr=0.1, momentum=0.9)
+    for branch in twin.branches():
+        for i, p in enumerate(twin_params):
+            p.grad = synthetic_grad(p, 0, branch, i)
+    twin.step()
+    for step in range(1, 4):
+        fused_step(opt, params, step)
+        fused_step(twin, twin_params, step)
+    assert opt.flat_groups[0].grads.stride(0) == opt.flat_groups[0].numel
+    assert all(torch.equal(a, b) for a, b in zip(branch_weights(opt), branch_weights(twin)))

@@ -33,47 +33,33 @@ def snapshot(opt: Lookaround) -> list[torch.Tensor]:
     return [t for s in state["state"].values() for t in s.values()] + [torch.tensor(list(state["lookaround"].values()))]
 
 
-@pytest.mark.parametrize("stop", [3, 6, 7])
-def test_fused_resume_is_bitwise(stop):
+def interrupted_and_uninterrupted(step_fn, stop: int, total: int) -> tuple[Lookaround, list, Lookaround, list]:
+    """Train ``total`` steps in one go, and ``stop`` steps, a save, a load into a fresh model, the rest."""
     params = make_params()
     uninterrupted = lookaround(params, **HYPER)
-    for step in range(12):
-        fused_step(uninterrupted, params, step)
-
+    for step in range(total):
+        step_fn(uninterrupted, params, step)
     first = make_params()
     opt = lookaround(first, **HYPER)
     for step in range(stop):
-        fused_step(opt, first, step)
-    saved = roundtrip(opt.state_dict())
-
+        step_fn(opt, first, step)
     resumed_params = make_params(seed=99)  # a freshly built model with other weights
     resumed = lookaround(resumed_params, **HYPER)
-    resumed.load_state_dict(saved)
-    for step in range(stop, 12):
-        fused_step(resumed, resumed_params, step)
+    resumed.load_state_dict(roundtrip(opt.state_dict()))
+    assert resumed.active_branch == opt.active_branch
+    assert all(torch.equal(p, q) for p, q in zip(resumed_params, first))
+    for step in range(stop, total):
+        step_fn(resumed, resumed_params, step)
+    return resumed, resumed_params, uninterrupted, params
+
+
+@pytest.mark.parametrize("style,stop", [("fused", 3), ("fused", 6), ("fused", 7), ("drop-in", 8), ("drop-in", 9)])
+def test_resume_is_bitwise(style, stop):
+    """Mid-cycle (fused, k=4) and mid-rotation (drop-in, 8 and 9 calls leave branch 2 and 0 active)."""
+    step_fn = fused_step if style == "fused" else drop_in_step
+    resumed, resumed_params, uninterrupted, params = interrupted_and_uninterrupted(step_fn, stop, 20)
     assert all(torch.equal(a, b) for a, b in zip(branch_weights(resumed), branch_weights(uninterrupted)))
     assert all(torch.equal(a, b) for a, b in zip(resumed_params, params))
-
-
-def test_drop_in_resume_mid_rotation_is_bitwise():
-    params = make_params()
-    uninterrupted = lookaround(params, **HYPER)
-    for step in range(20):
-        drop_in_step(uninterrupted, params, step)
-
-    first = make_params()
-    opt = lookaround(first, **HYPER)
-    for step in range(8):
-        drop_in_step(opt, first, step)
-    assert opt.active_branch == 2
-    resumed_params = make_params(seed=5)
-    resumed = lookaround(resumed_params, **HYPER)
-    resumed.load_state_dict(roundtrip(opt.state_dict()))
-    assert resumed.active_branch == 2
-    assert all(torch.equal(p, q) for p, q in zip(resumed_params, first))
-    for step in range(8, 20):
-        drop_in_step(resumed, resumed_params, step)
-    assert all(torch.equal(a, b) for a, b in zip(branch_weights(resumed), branch_weights(uninterrupted)))
 
 
 def test_state_dict_layout_is_per_parameter():

@@ -149,6 +149,8 @@ class Lookaround(Optimizer):
         self._active = 0
         self._fused_step_pending = False
         self._averaged = False
+        self._grad_scaler_seen = False
+        self._overflow_revealed = False
         self._build_storage()
 
     # ------------------------------------------------------------------ storage
@@ -262,6 +264,8 @@ class Lookaround(Optimizer):
             yield branch
         for flat in self._flats:
             flat.collect_grads(self._active)
+        if self._grad_scaler_seen and self.num_branches > 1:
+            self._reveal_hidden_overflow()
         self._fused_step_pending = True
 
     @contextlib.contextmanager
@@ -290,6 +294,11 @@ class Lookaround(Optimizer):
     def flat_groups(self) -> tuple[FlatGroup, ...]:
         """The flat buffers, one per (device, dtype), for tooling such as collectives and benchmarks."""
         return tuple(self._flats)
+
+    @property
+    def updates(self) -> int | torch.Tensor:
+        """Branch updates applied so far (``num_branches`` per fused step); a device tensor after a GradScaler step."""
+        return self._updates
 
     @property
     def active_branch(self) -> int:
@@ -322,7 +331,9 @@ class Lookaround(Optimizer):
                         "GradScaler.unscale_(optimizer) only reaches the model's current gradients, which are one "
                         "branch's; with branches() let the optimizer unscale (call scaler.step(optimizer) directly)"
                     )
-                found_inf = self._found_inf_in_other_branches(found_inf)
+                if not self._overflow_revealed:
+                    for found in self._hidden_overflows():
+                        found_inf = found_inf + found.to(found_inf.device)
         else:
             branches = range(self._active, self._active + 1)
             for flat in self._flats:
@@ -332,6 +343,8 @@ class Lookaround(Optimizer):
                 if bool(found_inf):
                     return loss
                 found_inf = None
+        self._overflow_revealed = False
+        self._grad_scaler_seen |= found_inf is not None
         if any(any(flat.has_grad[b]) for flat in self._flats for b in branches):
             self._update(branches, grad_scale, found_inf)
         elif not fused:
@@ -370,17 +383,31 @@ class Lookaround(Optimizer):
         backend.step(flat, plan)
         flat.mark_momentum_ready(branches, momentum_on, plan.found_inf)
 
-    def _found_inf_in_other_branches(self, found_inf: torch.Tensor) -> torch.Tensor:
-        """Add overflows in the branches GradScaler did not see (all but the active one) to ``found_inf``."""
-        total = found_inf.clone()
+    def _hidden_overflows(self) -> Iterator[torch.Tensor]:
+        """Per flat group, a device flag: a branch other than the model's current one has a non-finite gradient.
+
+        GradScaler checks only the model's gradients, which are the active branch's.
+        """
         for flat in self._flats:
             grads = [flat.grad_view(b, i) for b in range(self.num_branches) if b != self._active
                      for i in range(flat.num_params) if flat.has_grad[b][i]]
             if grads:
                 found = torch.zeros((), device=flat.device, dtype=torch.float32)
                 torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones((), device=flat.device))
-                total += found.to(total.device)
-        return total
+                yield found
+
+    def _reveal_hidden_overflow(self) -> None:
+        """Make an overflow in any branch visible to GradScaler, so that it also lowers its scale.
+
+        The overflow flag is written, on the device, into one element of a model
+        gradient; that step is skipped whatever happens, so the value is never applied.
+        """
+        found = sum(flag.to(self._flats[0].device) for flag in self._hidden_overflows())
+        carrier = next((p.grad for flat in self._flats for p in flat.params if p.grad is not None), None)
+        if isinstance(found, torch.Tensor) and carrier is not None:
+            element = carrier.as_strided((1,), (1,))
+            element.copy_(torch.where(found.to(element.device) > 0, float("inf"), element))
+            self._overflow_revealed = True
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the gradients of every branch (and of the model)."""

@@ -51,10 +51,13 @@ def test_overflow_skips_the_step_entirely(backend, overflow_branch, overflow_ste
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
     for step in range(STEPS):
         if step == overflow_step:
-            before = opt.state_dict()
+            before, scale = opt.state_dict(), scaler.get_scale()
             scaled_fused_step(opt, params, scaler, step, overflow_branch)
             assert_unchanged(opt, before)
             assert opt.active_branch == 0
+            # GradScaler sees a hidden branch's overflow once the optimizer knows a scaler is in use.
+            lowered = overflow_branch == 2 or overflow_step > 0
+            assert scaler.get_scale() == (scale * 0.5 if lowered else scale)
         else:
             scaled_fused_step(opt, params, scaler, step)
             plain_fused_step(expected, expected_params, step)

@@ -73,8 +73,8 @@ def _run(backend, flats, plan):
 
 
 def _group(lr=0.1, **hyperparameters):
-    return dict(lr=lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False,
-                **hyperparameters)
+    defaults = dict(lr=lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False)
+    return {**defaults, **hyperparameters}
 
 
 @pytest.mark.parametrize("backend_name", FUSED_BACKENDS)

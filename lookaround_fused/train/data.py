@@ -7,6 +7,7 @@ the middle of an epoch sees exactly the batches the uninterrupted run would have
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -145,16 +146,20 @@ class MultiViewDataset(Dataset):
     def __getitem__(self, key: tuple[int, int, tuple[int, ...]]) -> tuple[list[torch.Tensor], torch.Tensor]:
         stream, epoch, indices = key
         views, labels, loaded_index = [], [], None
-        for branch, (transform, index) in enumerate(zip(self.transforms, indices)):
-            if index != loaded_index:
-                image, label = self.base[index]
-                loaded_index = index
-            # The torchvision transforms draw from the global generator: seed it per view,
-            # without disturbing the caller's random stream (dropout, model init).
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_mix(self.seed, stream, epoch, branch, index))
+        # The torchvision transforms draw from the global CPU generator: seed it per view,
+        # and give the caller's random stream (dropout, with no workers) back afterwards.
+        generator = torch.default_generator
+        caller_state = generator.get_state()
+        try:
+            for branch, (transform, index) in enumerate(zip(self.transforms, indices)):
+                if index != loaded_index:
+                    image, label = self.base[index]
+                    loaded_index = index
+                generator.manual_seed(_mix(self.seed, stream, epoch, branch, index))
                 views.append(transform(image))
-            labels.append(label)
+                labels.append(label)
+        finally:
+            generator.set_state(caller_state)
         return views, torch.tensor(labels)
 
 
@@ -195,34 +200,61 @@ class MinibatchSampler:
 
 
 class Loaders:
-    """Training batches (one view per branch), BatchNorm-recompute batches and held-out batches."""
+    """Training batches (one view per branch), BatchNorm-recompute batches and held-out batches.
+
+    Workers ship uint8 images; conversion to float, normalization and the memory format
+    happen on the training device.
+    """
 
     def __init__(self, data: ImageData, cfg: TrainConfig, pipelines: Sequence[str], device: torch.device) -> None:
         transforms = [train_transform(cfg.recipe, cfg.image_size, pipeline) for pipeline in pipelines]
-        self.sampler = MinibatchSampler(len(data.train), cfg.batch_size, len(pipelines), cfg.independent_batches, cfg.seed)
-        common = dict(
-            num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0
-        )
-        self._train = DataLoader(MultiViewDataset(data.train, transforms, cfg.seed), batch_sampler=self.sampler, **common)
+        self.sampler = MinibatchSampler(len(data.train), cfg.batch_size, num_views=len(pipelines),
+                                        independent=cfg.independent_batches, seed=cfg.seed)
+        # A generator of their own: loaders draw worker seeds from it, and must not draw them from the
+        # global one (how often they do depends on the worker count, and the global stream is checkpointed).
+        common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
+                      worker_init_fn=_leave_ctrl_c_to_main_process, generator=torch.Generator().manual_seed(cfg.seed))
+        train = MultiViewDataset(data.train, transforms, cfg.seed)
+        self._train = DataLoader(train, batch_sampler=self.sampler, **common)
         held_out = _Transformed(data.val, eval_transform(cfg.recipe, cfg.image_size))
         self._val = DataLoader(held_out, batch_size=cfg.batch_size, shuffle=False, **common)
+        self._device = device
+        self._memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self._mean = torch.tensor(cfg.recipe.mean, device=device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(cfg.recipe.std, device=device).view(1, 3, 1, 1) * 255
 
     @property
     def steps_per_epoch(self) -> int:
         return self.sampler.batches_per_epoch
 
-    def train_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
-        """Batches ``start, start + 1, ...`` of ``epoch``: ``(views, labels[batch, branch])``."""
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+        """Batches ``start, start + 1, ...`` of ``epoch``, as (one input per branch, one label tensor per branch)."""
         self.sampler.select(TRAIN_STREAM, epoch, start)
-        return iter(self._train)
+        return self._multi_view(iter(self._train))
 
-    def bn_batches(self, epoch: int, count: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
-        """``count`` training batches from a stream of their own (training order is untouched)."""
+    def bn_batches(self, epoch: int, count: int) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+        """``count`` training batches from a stream of their own (the training order is untouched)."""
         self.sampler.select(BN_STREAM, epoch, limit=count)
-        return iter(self._train)
+        return self._multi_view(iter(self._train))
 
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return iter(self._val)
+        for images, labels in self._val:
+            yield self._prepare(images), labels.to(self._device, non_blocking=True)
+
+    def _multi_view(self, batches: Iterator) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+        for views, labels in batches:
+            labels = labels.to(self._device, non_blocking=True)
+            yield [self._prepare(view) for view in views], list(labels.unbind(dim=1))
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self._device, non_blocking=True).float()
+        return ((images - self._mean) / self._std).contiguous(memory_format=self._memory_format)
+
+
+def _leave_ctrl_c_to_main_process(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: workers must keep serving while the main
+    # process finishes its step and writes the checkpoint; they exit when it closes them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _Transformed(Dataset):

@@ -19,7 +19,8 @@ class SmallCNN(nn.Module):
         stages, channels = [], 3
         for stage, stride in enumerate((1, 2, 2)):
             out = width * 2**stage
-            stages += [nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            conv = nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False)
+            stages += [conv, nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
             channels = out
         self.features = nn.Sequential(*stages)
         self.head = nn.Linear(channels, num_classes)
@@ -53,4 +54,5 @@ def _use_small_image_stem(model: torchvision.models.ResNet) -> None:
     CIFAR ResNets keep full resolution there.
     """
     model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision inits convs
     model.maxpool = nn.Identity()

@@ -15,14 +15,19 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.swa_utils import update_bn
 
 
+def _tracking_batchnorms(model: nn.Module) -> list[_BatchNorm]:
+    return [module for module in model.modules() if isinstance(module, _BatchNorm) and module.track_running_stats]
+
+
 def _running_stat_buffers(model: nn.Module) -> list[torch.Tensor]:
     """Running mean, variance and batch count of every BatchNorm that tracks them."""
-    return [
-        buffer
-        for module in model.modules()
-        if isinstance(module, _BatchNorm) and module.track_running_stats
-        for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
-    ]
+    return [buffer for module in _tracking_batchnorms(model)
+            for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)]
+
+
+def running_mean_and_var(model: nn.Module) -> list[torch.Tensor]:
+    """Running mean and variance of every BatchNorm that tracks them (the statistics worth averaging)."""
+    return [buffer for module in _tracking_batchnorms(model) for buffer in (module.running_mean, module.running_var)]
 
 
 class BranchBatchNorm:

@@ -11,13 +11,17 @@ from typing import Any, Callable, Sequence
 import torch
 
 from lookaround_fused.backends import BACKEND_NAMES, resolve_backend
+from lookaround_fused.distributed import is_main_process
 from lookaround_fused.train.augment import default_pipelines, parse_pipelines
 from lookaround_fused.train.checkpoint import FILE_NAME, check_compatible, read_checkpoint
-from lookaround_fused.train.config import AMP_MODES, BN_MODES, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
+from lookaround_fused.train.config import (
+    AMP_MODES, BN_MODES, DISTRIBUTED_MODES, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig,
+)
 from lookaround_fused.train.data import load_image_data
 from lookaround_fused.train.errors import UsageError
 from lookaround_fused.train.loop import TrainingRun, catch_stop_signals
 from lookaround_fused.train.models import SMALL_CNN, model_names
+from lookaround_fused.train.parallel import torchrun_job
 from lookaround_fused.train.reporting import EpochRecord, plot_curves, summary_table
 
 PROG = "lookaround-train"
@@ -118,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--compile", action="store_true", help="torch.compile the model")
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
+    add = parser.add_argument_group("several processes (start with torchrun)").add_argument
+    add("--distributed", choices=DISTRIBUTED_MODES, default="none",
+        help="replicated: every rank trains every branch on its shard of each minibatch; branch-parallel: one "
+        "group of ranks per branch (the number of processes a multiple of --num-branches), weights averaged "
+        "across groups every --average-every steps. Lookaround only; each rank uses cuda:LOCAL_RANK, or the CPU")
+    add("--sync-bn", action="store_true",
+        help="SyncBatchNorm: batch statistics over the ranks that train the same branch (GPUs only)")
+
     add = parser.add_argument_group("output").add_argument
     add("--seed", type=count, default=42, help="initial weights, data order and augmentation")
     add("--out", type=Path, help=f"output folder (default {DEFAULT_OUT})")
@@ -153,6 +165,7 @@ def parse_config(argv: Sequence[str] | None) -> TrainConfig:
         raise UsageError(f"--swa-start {swa_start} leaves no epoch to average (--epochs {epochs})")
     if args.resume is not None and args.out is not None and args.out != args.resume:
         raise UsageError("--resume OUT continues in OUT: leave out --out or give the same folder")
+    _check_distributed_flags(args, optimizers)
     return TrainConfig(
         dataset=dataset, data_dir=args.data, image_size=args.image_size or recipe.image_size, model=args.model,
         optimizers=optimizers, epochs=epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
@@ -164,13 +177,24 @@ def parse_config(argv: Sequence[str] | None) -> TrainConfig:
         independent_batches=args.independent_batches, equal_steps=args.equal_steps, lookahead_k=args.lookahead_k,
         lookahead_alpha=args.lookahead_alpha, swa_start=swa_start, swa_lr=args.swa_lr, bn=args.bn,
         bn_batches=args.bn_batches, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
-        device=args.device, workers=args.workers, seed=args.seed,
+        device=args.device, distributed=args.distributed, sync_bn=args.sync_bn, workers=args.workers, seed=args.seed,
         out_dir=args.resume or args.out or DEFAULT_OUT, resume=args.resume is not None,
     )
 
 
+def _check_distributed_flags(args: argparse.Namespace, optimizers: tuple[str, ...]) -> None:
+    if args.distributed == "none":
+        if args.sync_bn:
+            raise UsageError("--sync-bn synchronizes BatchNorm across processes: it needs --distributed")
+        return
+    if optimizers != ("lookaround",):
+        raise UsageError(f"--distributed trains Lookaround only: give --optimizer lookaround, not {args.optimizer!r}")
+    if args.device != "auto":
+        raise UsageError("--distributed gives each rank its device (cuda:LOCAL_RANK, or the CPU): leave out --device")
+
+
 def resolve_device(cfg: TrainConfig) -> torch.device:
-    """The training device, checked to exist and to run the chosen Lookaround backend."""
+    """The training device of a single process, checked to exist and to run the chosen Lookaround backend."""
     if cfg.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -180,12 +204,17 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
             raise UsageError(f"unknown device {cfg.device!r}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise UsageError(f"--device {cfg.device}: CUDA is not available here")
+    check_backend(cfg, device)
+    return device
+
+
+def check_backend(cfg: TrainConfig, device: torch.device) -> None:
+    """Raise :class:`UsageError` unless the chosen Lookaround backend runs on ``device``."""
     if "lookaround" in cfg.optimizers:
         try:
             resolve_backend(cfg.backend, device)
         except RuntimeError as error:
             raise UsageError(str(error)) from None
-    return device
 
 
 def load_checkpoints(cfg: TrainConfig) -> dict[str, dict[str, Any] | None]:
@@ -226,7 +255,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     cfg = parse_config(argv)
-    device = resolve_device(cfg)
+    if cfg.distributed == "none":
+        return _train(cfg, resolve_device(cfg))
+    with torchrun_job(cfg) as device:
+        check_backend(cfg, device)
+        return _train(cfg, device)
+
+
+def _train(cfg: TrainConfig, device: torch.device) -> int:
+    """Every run of ``cfg`` on ``device``; under torchrun only rank 0 prints and writes files."""
     data = load_image_data(cfg)
     checkpoints = load_checkpoints(cfg)
     histories: dict[str, list[EpochRecord]] = {}
@@ -238,9 +275,12 @@ def _run(argv: Sequence[str] | None) -> int:
             outcome = run.train(stop)
             histories[name] = outcome.history
             if outcome.stopped_by is not None:
-                print(f"{PROG}: stopped by signal {outcome.stopped_by}; checkpoint in {run_dir}; "
-                      f"continue with --resume {cfg.out_dir}", file=sys.stderr)
+                if is_main_process():
+                    print(f"{PROG}: stopped by signal {outcome.stopped_by}; checkpoint in {run_dir}; "
+                          f"continue with --resume {cfg.out_dir}", file=sys.stderr)
                 return 128 + outcome.stopped_by
+    if not is_main_process():
+        return 0
     plot_path = cfg.out_dir / "curves.png"
     plot_curves(histories, plot_path)
     print(summary_table(histories))

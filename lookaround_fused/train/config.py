@@ -11,6 +11,7 @@ OPTIMIZERS = ("lookaround", "sgd", "lookahead", "swa")
 BN_MODES = ("shared", "recompute", "average")
 AMP_MODES = ("none", "bf16", "fp16")
 SCHEDULES = ("cosine", "multistep")
+DISTRIBUTED_MODES = ("none", "replicated", "branch-parallel")
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ class TrainConfig:
     channels_last: bool
     compile: bool
     device: str
+    distributed: str
+    sync_bn: bool
     workers: int
     seed: int
     out_dir: Path
@@ -109,9 +112,11 @@ class TrainConfig:
         """The settings a checkpoint must have been made with to be resumed under this config.
 
         Leaves out what cannot change the numbers: where output goes, worker count
-        (augmentation is seeded per sample, not per worker) and the list of runs.
+        (augmentation is seeded per sample, not per worker) and the list of runs; and how
+        the work is spread over processes, so that a checkpoint moves between one process
+        and the distributed modes.
         """
-        ignored = {"out_dir", "resume", "workers", "optimizers"}
+        ignored = {"out_dir", "resume", "workers", "optimizers", "distributed", "sync_bn"}
         return {
             field.name: _plain(getattr(self, field.name))
             for field in dataclasses.fields(self)

@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from lookaround_fused.distributed import DataShard
 from lookaround_fused.train.augment import Transform, eval_transform, train_transform
 from lookaround_fused.train.config import TrainConfig
 from lookaround_fused.train.errors import UsageError
+from lookaround_fused.train.parallel import rank_shard
 
 #: ``stream`` values of a batch key: training batches, and the batches that recompute BatchNorm.
 TRAIN_STREAM, BN_STREAM = 0, 1
@@ -169,11 +171,14 @@ class MinibatchSampler:
     Each epoch's order is drawn from its own seed. With ``independent`` every branch
     shuffles separately (the reference code's behaviour); otherwise all branches see the
     same images (Algorithm 1). :meth:`select` says which epoch to yield next, from which
-    batch, and how many batches.
+    batch, and how many batches. Under torch.distributed a rank takes its ``shard`` of
+    every global minibatch: the global order, and so a resume position, is the same for
+    any number of processes.
     """
 
-    def __init__(self, dataset_size: int, batch_size: int, num_views: int, independent: bool, seed: int) -> None:
-        self.dataset_size, self.batch_size = dataset_size, batch_size
+    def __init__(self, dataset_size: int, batch_size: int, num_views: int, independent: bool, seed: int,
+                 shard: DataShard = DataShard(1, 0)) -> None:
+        self.dataset_size, self.batch_size, self.shard = dataset_size, batch_size, shard
         self.num_views, self.independent, self.seed = num_views, independent, seed
         self.batches_per_epoch = dataset_size // batch_size  # the last, partial batch is dropped
         self.select(TRAIN_STREAM, epoch=0)
@@ -191,7 +196,8 @@ class MinibatchSampler:
             orders *= self.num_views
         for batch in range(self.start, self.stop):
             rows = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
-            columns = zip(*(order[rows].tolist() for order in orders))
+            shard = slice(self.shard.index, None, self.shard.count)
+            columns = zip(*(order[rows][shard].tolist() for order in orders))
             yield [(self.stream, self.epoch, indices) for indices in columns]
 
     def _order(self, branch: int) -> torch.Tensor:
@@ -209,7 +215,7 @@ class Loaders:
     def __init__(self, data: ImageData, cfg: TrainConfig, pipelines: Sequence[str], device: torch.device) -> None:
         transforms = [train_transform(cfg.recipe, cfg.image_size, pipeline) for pipeline in pipelines]
         self.sampler = MinibatchSampler(len(data.train), cfg.batch_size, num_views=len(pipelines),
-                                        independent=cfg.independent_batches, seed=cfg.seed)
+                                        independent=cfg.independent_batches, seed=cfg.seed, shard=rank_shard(cfg))
         # A generator of their own: loaders draw worker seeds from it, and must not draw them from the
         # global one (how often they do depends on the worker count, and the global stream is checkpointed).
         common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,

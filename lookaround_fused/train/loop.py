@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from lookaround_fused.distributed.checkpoint import save_on_rank0
+from lookaround_fused.distributed import is_main_process, save_on_rank0
 from lookaround_fused.train.batchnorm import recomputed_batchnorm
 from lookaround_fused.train.checkpoint import FILE_NAME, FORMAT_VERSION
 from lookaround_fused.train.config import TrainConfig
@@ -20,6 +21,7 @@ from lookaround_fused.train.data import ImageData, Loaders
 from lookaround_fused.train.errors import UsageError
 from lookaround_fused.train.methods import METHODS, ForwardBackward, TrainingMethod, autocast
 from lookaround_fused.train.models import build_model
+from lookaround_fused.train.parallel import synchronize_batchnorm
 from lookaround_fused.train.reporting import EpochProgress, EpochRecord, EpochTotals, MetricsLog, epoch_line
 from lookaround_fused.train.schedule import build_scheduler
 
@@ -34,6 +36,15 @@ class StopSignal:
 
     def __call__(self, signum: int, frame: Any) -> None:
         self.signum = signum
+
+    def agreed(self, device: torch.device) -> bool:
+        """Whether to stop now. Under torch.distributed a signal to any rank stops every rank at the
+        same step (otherwise they would wait in different collectives): a collective, call it on every rank."""
+        if dist.is_initialized():
+            signum = torch.tensor(self.signum or 0, device=device)
+            dist.all_reduce(signum, op=dist.ReduceOp.MAX)
+            self.signum = int(signum) or None
+        return self.signum is not None
 
 
 @contextlib.contextmanager
@@ -75,6 +86,8 @@ class TrainingRun:
         run = ForwardBackward(forward, self.autocast_dtype, self.scaler, device)
         # Created after the model has its device and memory format: Lookaround aliases the parameters.
         self.method: TrainingMethod = method_cls(self.model, cfg, run)
+        if cfg.sync_bn:
+            synchronize_batchnorm(self.model, self.method.optimizer, cfg.distributed)
         self.scheduler = build_scheduler(self.method.optimizer, cfg, self.loaders.steps_per_epoch, swa=name == "swa")
 
         self.epoch, self.batch, self.totals = 0, 0, EpochTotals()
@@ -120,31 +133,38 @@ class TrainingRun:
             raise UsageError(f"checkpoint for {self.name} does not fit this run ({reason})") from None
 
     def save(self) -> None:
+        """Write the checkpoint (every rank builds the state: gathering branch-parallel's is a collective)."""
         save_on_rank0(self._state(), self.run_dir / FILE_NAME)
 
     # ------------------------------------------------------------------ training
     def train(self, stop: StopSignal) -> RunOutcome:
-        """Train until the last epoch or a stop signal; checkpoints after every epoch and when stopped."""
-        log = MetricsLog(self.run_dir, len(self.history))
+        """Train until the last epoch or a stop signal; checkpoints after every epoch and when stopped.
+
+        Under torchrun every rank trains and evaluates; rank 0 reports and writes the files.
+        """
+        log = MetricsLog(self.run_dir, len(self.history)) if is_main_process() else None
         try:
             while self.epoch < self.cfg.epochs:
                 if not self._train_epoch(stop):
                     self.save()
                     return RunOutcome(self.history, stop.signum)
                 self.history.append(self._finish_epoch())
-                log.write(self.history)
-                print(epoch_line(self.name, self.cfg.epochs, self.history[-1]), flush=True)
+                if log is not None:
+                    log.write(self.history)
+                    print(epoch_line(self.name, self.cfg.epochs, self.history[-1]), flush=True)
                 self.save()
-                if stop.signum is not None:
+                if stop.agreed(self.device):
                     return RunOutcome(self.history, stop.signum)
         finally:
-            log.close()
+            if log is not None:
+                log.close()
         return RunOutcome(self.history)
 
     def _train_epoch(self, stop: StopSignal) -> bool:
         """The rest of the current epoch's minibatches; False if a stop signal cut it short."""
         steps = self.loaders.steps_per_epoch
-        progress = EpochProgress(self.name, self.epoch + 1, self.cfg.epochs, steps, self.batch)
+        progress = EpochProgress(self.name, self.epoch + 1, self.cfg.epochs, steps, self.batch,
+                                 shown=is_main_process())
         self.model.train()
         try:
             started = time.perf_counter() - self.totals.seconds
@@ -155,7 +175,7 @@ class TrainingRun:
                 self.totals.add(stats)
                 self.totals.seconds = time.perf_counter() - started
                 progress.update(self.totals, self._lr())
-                if stop.signum is not None and self.batch < steps:
+                if stop.agreed(self.device) and self.batch < steps:
                     return False
         finally:
             progress.close()

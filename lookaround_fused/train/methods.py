@@ -16,7 +16,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from lookaround_fused import Lookaround
-from lookaround_fused.train.batchnorm import BranchBatchNorm
+from lookaround_fused.distributed import OPTIMIZERS as DISTRIBUTED_OPTIMIZERS
+from lookaround_fused.train.batchnorm import BranchBatchNorm, running_mean_and_var
 from lookaround_fused.train.config import TrainConfig
 
 
@@ -193,12 +194,17 @@ class SWAMethod(TrainingMethod):
 
 
 class LookaroundMethod(TrainingMethod):
-    """Lookaround (Algorithm 1): each branch steps on its own view; branches averaged every k steps."""
+    """Lookaround (Algorithm 1): each branch steps on its own view; branches averaged every k steps.
+
+    Under ``--distributed`` the optimizer is the mode's (the model's gradients or weights
+    are averaged over the ranks); in branch-parallel the model trains only this rank's branch.
+    """
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, run: ForwardBackward) -> None:
         super().__init__(model, cfg, run)
-        self.branch_bn = BranchBatchNorm(model, cfg.num_branches) if cfg.bn == "average" else None
-        self.steps = 0  # optimizer steps taken (not skipped by the scaler), to average BN alongside
+        # In branch-parallel a rank's BatchNorm holds its own branch's statistics; the optimizer averages them.
+        per_branch_copies = cfg.bn == "average" and cfg.distributed != "branch-parallel"
+        self.branch_bn = BranchBatchNorm(model, cfg.num_branches) if per_branch_copies else None
 
     @staticmethod
     def num_views(cfg: TrainConfig) -> int:
@@ -206,9 +212,14 @@ class LookaroundMethod(TrainingMethod):
 
     def _make_optimizer(self) -> Lookaround:
         cfg = self.cfg
-        return Lookaround(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                          nesterov=cfg.nesterov, num_branches=cfg.num_branches, average_every=cfg.average_every,
-                          backend=cfg.backend)
+        args = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
+                    num_branches=cfg.num_branches, average_every=cfg.average_every, backend=cfg.backend)
+        if cfg.distributed == "none":
+            return Lookaround(self.model.parameters(), **args)
+        if cfg.distributed == "branch-parallel" and cfg.bn == "average":
+            # Each group holds its branch's statistics: averaged across the groups with the weights.
+            args["buffers_to_average"] = running_mean_and_var(self.model)
+        return DISTRIBUTED_OPTIMIZERS[cfg.distributed](self.model.parameters(), **args)
 
     def train_minibatch(self, views: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]) -> BatchStats:
         stats = []
@@ -216,11 +227,20 @@ class LookaroundMethod(TrainingMethod):
             if self.branch_bn is not None:
                 self.branch_bn.activate(branch)
             stats.append(self.run(views[branch], labels[branch]))
-        if self.run.step(self.optimizer):
-            self.steps += 1
-            if self.branch_bn is not None and self.steps % self.cfg.average_every == 0:
-                self.branch_bn.average()
+        if self.branch_bn is None:
+            self.run.step(self.optimizer)
+        else:
+            self._step_averaging_branch_bn()
         return _sum(stats)
+
+    def _step_averaging_branch_bn(self) -> None:
+        """Step, and average the branches' statistics if the step ended with the weights' average."""
+        # The count is a device tensor after a GradScaler step: reading it waits, so only --bn average does.
+        before = int(self.optimizer.updates)
+        self.run.step(self.optimizer)
+        after = int(self.optimizer.updates)
+        if after != before and after % (self.optimizer.num_branches * self.cfg.average_every) == 0:
+            self.branch_bn.average()
 
     @contextlib.contextmanager
     def evaluation_weights(self) -> Iterator[None]:
@@ -230,11 +250,13 @@ class LookaroundMethod(TrainingMethod):
 
     def state_dict(self) -> dict[str, Any]:
         bn = self.branch_bn.state_dict() if self.branch_bn is not None else None
-        return {**super().state_dict(), "steps": self.steps, "branch_bn": bn}
+        return {**super().state_dict(), "branch_bn": bn}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (state["branch_bn"] is None) != (self.branch_bn is None):
+            raise ValueError("--bn average keeps per-branch statistics in the optimizer under branch-parallel and "
+                             "in the checkpoint otherwise: resume it in the kind of mode that wrote it")
         super().load_state_dict(state)
-        self.steps = state["steps"]
         if self.branch_bn is not None:
             self.branch_bn.load_state_dict(state["branch_bn"])
 

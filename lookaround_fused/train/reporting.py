@@ -68,9 +68,9 @@ class EpochProgress:
 
     _REFRESH_S = 0.5  # reading the running sums syncs with the device: not every step
 
-    def __init__(self, name: str, epoch: int, epochs: int, total: int, done: int) -> None:
+    def __init__(self, name: str, epoch: int, epochs: int, total: int, done: int, shown: bool = True) -> None:
         self.bar = tqdm(total=total, initial=done, desc=f"{name} {epoch}/{epochs}", leave=False,
-                        disable=None, file=sys.stderr, dynamic_ncols=True)
+                        disable=None if shown else True, file=sys.stderr, dynamic_ncols=True)
         self._last = 0.0
 
     def update(self, totals: EpochTotals, lr: float) -> None:
